@@ -1,0 +1,1 @@
+"""Code shared by every function: configuration, HTTP adapter, auth, storage, events."""
