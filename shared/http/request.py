@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
@@ -43,10 +44,15 @@ class Request:
 
     @property
     def client_ip(self) -> str:
-        """The caller's address; the first ``X-Forwarded-For`` hop when behind a gateway."""
-        forwarded = self.headers.get("X-Forwarded-For")
-        if forwarded:
-            return forwarded.split(",", 1)[0].strip()
+        """The caller's address as seen by the nearest trusted proxy.
+
+        A client can put anything in ``X-Forwarded-For``; only the entries appended by our own
+        proxies can be trusted, so the address is taken ``TRUSTED_PROXY_HOPS`` (default 1: the
+        function gateway) from the right, never the client-supplied left end."""
+        forwarded = [part.strip() for part in (self.headers.get("X-Forwarded-For") or "").split(",") if part.strip()]
+        hops = int(os.environ.get("TRUSTED_PROXY_HOPS", "1"))
+        if forwarded and hops > 0:
+            return forwarded[-min(hops, len(forwarded))]
         return self.remote_addr or "unknown"
 
     def data(self) -> bytes:

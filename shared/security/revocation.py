@@ -12,12 +12,14 @@ KEY_PREFIX = "revoked:"
 class RevocationList:
     """``revoked:<jti>`` entries that live exactly as long as the token they cancel could."""
 
-    def __init__(self, cache: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cache: Any, clock: Callable[[], float] = time.time, grace_seconds: float = 60.0) -> None:
         self._cache = cache
         self._clock = clock
+        # Verifiers accept a token for ``leeway`` seconds past ``exp``; outlive that.
+        self._grace = grace_seconds
 
     def revoke(self, jti: str, expires_at: float) -> None:
-        remaining = expires_at - self._clock()
+        remaining = expires_at + self._grace - self._clock()
         if remaining <= 0:
             return  # already unusable; nothing to remember
         self._cache.set(KEY_PREFIX + jti, b"1", ttl=remaining)

@@ -205,3 +205,19 @@ def test_health_ready_and_metrics(app, client):
     client.get("/items/1")
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'chatfaas_http_requests_total{code="200",function_name="demo",method="GET",route="/items/<item_id>"}' in metrics
+
+
+def test_client_ip_trusts_only_the_hop_the_gateway_appended(app, monkeypatch):
+    seen = {}
+
+    @app.route("/ip")
+    def ip(request):
+        seen["ip"] = request.client_ip
+        return {}
+
+    client = build_client(app)
+    client.get("/ip", headers={"X-Forwarded-For": "6.6.6.6, 10.0.0.7"})
+    assert seen["ip"] == "10.0.0.7"
+    monkeypatch.setenv("TRUSTED_PROXY_HOPS", "0")
+    client.get("/ip", headers={"X-Forwarded-For": "6.6.6.6"})
+    assert seen["ip"] == "127.0.0.1"
