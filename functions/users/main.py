@@ -50,7 +50,8 @@ def get_preferences(request: Request) -> Preferences:
     return service().preferences(request.principal)
 
 
-@app.route("/me/preferences", methods=["PUT"], auth="user", body=Preferences)
+# POST is accepted as PUT: OpenFaaS queues /async-function/ calls as POSTs only.
+@app.route("/me/preferences", methods=["PUT", "POST"], auth="user", body=Preferences)
 def put_preferences(request: Request) -> Preferences:
     return service().replace_preferences(request.principal, request.body)
 
