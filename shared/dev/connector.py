@@ -81,7 +81,10 @@ class Attempt:
 
     @property
     def retryable(self) -> bool:
-        return self.status is None or self.status == 429 or self.status >= 500
+        # A 4xx that carries Retry-After (429, or 409 "in_progress" from the idempotency layer
+        # while a duplicate delivery is still running) asks to be tried again, not dead-lettered.
+        return (self.status is None or self.status == 429 or self.status >= 500
+                or self.retry_after is not None)
 
 
 @dataclass(frozen=True)

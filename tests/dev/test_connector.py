@@ -169,3 +169,14 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now=1767225600.0) == 30.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_a_4xx_asking_to_retry_later_is_retried_not_dead_lettered():
+    from shared.dev.connector import Attempt
+
+    assert Attempt(409, "http_409: in_progress", retry_after=2.0).retryable
+    assert Attempt(429, "http_429").retryable
+    assert Attempt(503, "http_503").retryable
+    assert Attempt(None, "timeout").retryable
+    assert not Attempt(409, "http_409: conflict").retryable
+    assert not Attempt(400, "http_400: bad event").retryable
