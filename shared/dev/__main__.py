@@ -40,6 +40,18 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    proc = supervisor.stop(supervisor.Layout(REPO_ROOT), args.name)
+    print(f"stopped {proc.name} (pid {proc.pid})")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    proc = supervisor.start(_options(argparse.Namespace(stack=None, names=[])), args.name)
+    print(f"started {proc.name} (pid {proc.pid}) on http://127.0.0.1:{proc.port}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rows = supervisor.status(supervisor.Layout(REPO_ROOT))
     if not rows:
@@ -85,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what up started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="what runs, and whether it is ready").set_defaults(func=cmd_status)
+    p_stop = sub.add_parser("stop", help="stop one process of the running stack")
+    p_stop.add_argument("name")
+    p_stop.set_defaults(func=cmd_stop)
+    p_start = sub.add_parser("start", help="start one stopped function again, on its old port")
+    p_start.add_argument("name")
+    p_start.set_defaults(func=cmd_start)
     p_logs = sub.add_parser("logs", help="show logs (var/log/)")
     p_logs.add_argument("name", nargs="?")
     p_logs.add_argument("-n", "--lines", type=int, default=50)

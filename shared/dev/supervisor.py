@@ -306,10 +306,7 @@ def up(options: Options) -> dict:
         urls: dict[str, str] = {}
         for spec in specs:
             port = free_port()
-            fenv = dict(env, **spec.environment, PORT=str(port), FUNCTION_NAME=spec.name)
-            cmd = [sys.executable, "-m", "functions_framework", "--target", spec.target,
-                   "--source", str(spec.source), "--host", "127.0.0.1", "--port", str(port)]
-            proc = spawn(spec.name, "function", cmd, fenv, layout, port)
+            proc = _spawn_function(spec, env, layout, port)
             state["processes"].append(proc)
             urls[spec.name] = f"http://127.0.0.1:{port}"
             checks[spec.name] = (proc, f"{urls[spec.name]}/_/ready")
@@ -336,6 +333,44 @@ def up(options: Options) -> dict:
         layout.state.unlink(missing_ok=True)
         raise
     return state
+
+
+def _spawn_function(spec, env: dict[str, str], layout: Layout, port: int) -> Proc:
+    fenv = dict(env, **spec.environment, PORT=str(port), FUNCTION_NAME=spec.name)
+    cmd = [sys.executable, "-m", "functions_framework", "--target", spec.target,
+           "--source", str(spec.source), "--host", "127.0.0.1", "--port", str(port)]
+    return spawn(spec.name, "function", cmd, fenv, layout, port)
+
+
+def stop(layout: Layout, name: str) -> Proc:
+    """Stop one process of a running stack (a function, the connector, …); it stays listed."""
+    state = load_state(layout)
+    proc = next((p for p in state["processes"] if p.name == name), None)
+    if proc is None:
+        raise SupervisorError(f"{name} is not part of the running stack")
+    terminate([proc])
+    return proc
+
+
+def start(options: Options, name: str) -> Proc:
+    """Start again one function of a running stack, on its old port (the gateway's registry
+    keeps pointing at it), and wait until it is ready."""
+    layout = options.layout
+    state = load_state(layout)
+    index = next((i for i, p in enumerate(state["processes"]) if p.name == name and p.kind == "function"), None)
+    if index is None:
+        raise SupervisorError(f"{name} is not a function of the running stack")
+    old = state["processes"][index]
+    if alive(old):
+        raise SupervisorError(f"{name} is still running (pid {old.pid})")
+    stack = load_stack(Path(state["stack"]), environ={**os.environ, **options.env})
+    spec = next(s for s in stack.functions if s.name == name)
+    env = dict(_base_env(layout, state["gateway_url"], state["kafka"]), **options.env)
+    proc = _spawn_function(spec, env, layout, old.port)
+    state["processes"][index] = proc
+    save_state(layout, state)
+    _wait_ready({name: (proc, f"http://127.0.0.1:{proc.port}/_/ready")}, options.ready_timeout)
+    return proc
 
 
 def down(layout: Layout) -> list[Proc]:

@@ -93,3 +93,28 @@ def test_the_cli_reports_not_running_when_nothing_was_started(tmp_path):
                             env=env, capture_output=True, text=True)
     assert result.returncode == 3
     assert "not running" in result.stdout
+
+
+def test_one_function_can_be_stopped_and_started_again_behind_the_same_gateway_route(tansu_bootstrap, tmp_path):
+    layout = supervisor.Layout(tmp_path)
+    port = free_port()
+    options = supervisor.Options(stack_file=FIXTURES / "stack.yml", gateway_port=port, ready_timeout=60,
+                                 layout=layout, only=("echo",),
+                                 env={"KAFKA_BOOTSTRAP_SERVERS": tansu_bootstrap,
+                                      "DATA_DIR": str(tmp_path / "restartdata")})
+    supervisor.up(options)
+    try:
+        stopped = supervisor.stop(layout, "echo")
+        assert not supervisor.alive(stopped)
+        down = requests.get(f"http://127.0.0.1:{port}/function/echo")
+        assert down.status_code in (502, 503)
+        assert "error" in down.json()
+
+        started = supervisor.start(options, "echo")
+
+        assert started.pid != stopped.pid and started.port == stopped.port
+        assert requests.get(f"http://127.0.0.1:{port}/function/echo").status_code == 200
+        with pytest.raises(supervisor.SupervisorError, match="still running"):
+            supervisor.start(options, "echo")
+    finally:
+        supervisor.down(layout)
