@@ -10,7 +10,8 @@ attributes KafkaSource would give it), plus ``X-Topic``, ``X-Kafka-Key``, ``X-Ka
 ``X-Kafka-Offset``; the body is the record value.
 
 Outcomes: 2xx → commit. 429, 5xx, timeouts and connection errors → retry with exponential
-backoff (honouring ``Retry-After``); after ``CONNECTOR_MAX_ATTEMPTS`` tries the record goes to
+backoff (honouring ``Retry-After``); after ``CONNECTOR_MAX_ATTEMPTS`` tries (a function that cannot
+be reached at all is waited for, without counting) the record goes to
 ``<topic>.dlq`` with ``x-dlq-*`` headers, then the offset is committed. Any other 4xx is a bad
 event: dead-lettered at once, so it never blocks its partition.
 
@@ -78,6 +79,11 @@ class Attempt:
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def unreachable(self) -> bool:
+        """The function was not reached at all (down or restarting), as opposed to failing."""
+        return (self.status is None and self.reason.startswith("connection_error")) or self.status == 502
 
     @property
     def retryable(self) -> bool:
@@ -171,14 +177,22 @@ class FunctionConsumer(threading.Thread):
         return Attempt(response.status_code, reason, parse_retry_after(response.headers.get("Retry-After")))
 
     def deliver(self, record) -> Verdict | None:
-        """Try until delivered, dead (4xx) or out of attempts; None if stopped meanwhile."""
+        """Try until delivered, dead (4xx) or out of attempts; None if stopped meanwhile.
+
+        Tries that never reached the function (connection refused, the gateway's 502) do not
+        count towards ``max_attempts``: the record is not at fault, and dead-lettering it while a
+        function is down or restarting would lose accepted work. They are retried, with the
+        backoff capped at ``backoff_max``, until the function is back."""
         attempt_no = 0
+        counted = 0
         while True:
             attempt_no += 1
             last = self.attempt(record)
             if last.ok:
                 return Verdict(True, attempt_no, last)
-            if not last.retryable or attempt_no >= self.policy.max_attempts:
+            if not last.unreachable:
+                counted += 1
+            if not last.retryable or counted >= self.policy.max_attempts:
                 return Verdict(False, attempt_no, last)
             delay = self.policy.delay(attempt_no, last.retry_after)
             log.info("%s: %s@%d/%d try %d: %s; retrying in %.2fs", self.function, record.topic,

@@ -180,3 +180,26 @@ def test_a_4xx_asking_to_retry_later_is_retried_not_dead_lettered():
     assert Attempt(None, "timeout").retryable
     assert not Attempt(409, "http_409: conflict").retryable
     assert not Attempt(400, "http_400: bad event").retryable
+
+
+def test_a_function_that_cannot_be_reached_is_waited_for_and_never_dead_lettered(monkeypatch):
+    import threading
+
+    from shared.dev.connector import Attempt, FunctionConsumer
+
+    policy = DeliveryPolicy(max_attempts=2, backoff_base=0.001, backoff_max=0.002, timeout=1)
+    consumer = FunctionConsumer("worker", ["t"], gateway="http://127.0.0.1:9", servers="127.0.0.1:9",
+                                policy=policy, stopping=threading.Event())
+    outcomes = iter([Attempt(None, "connection_error: ConnectionError")] * 5
+                    + [Attempt(502, "http_502: unreachable")] * 5 + [Attempt(200, "http_200")])
+    monkeypatch.setattr(consumer, "attempt", lambda record: next(outcomes))
+
+    record = type("Record", (), {"topic": "t", "partition": 0, "offset": 7})()
+    verdict = consumer.deliver(record)
+
+    assert verdict.delivered and verdict.attempts == 11
+
+    failing = iter([Attempt(500, "http_500")] * 3)
+    monkeypatch.setattr(consumer, "attempt", lambda record: next(failing))
+    verdict = consumer.deliver(record)
+    assert not verdict.delivered and verdict.attempts == 2
