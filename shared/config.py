@@ -129,3 +129,17 @@ def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     path = Path(_environ(environ).get("DATA_DIR") or REPO_ROOT / "var" / "data")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
+
+
+def function_url(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Base URL of another function: ``FUNCTION_URL_<NAME>`` when set (Knative's cluster-local
+    URLs), else ``${GATEWAY_URL}/function/<name>`` (OpenFaaS and the dev gateway)."""
+    env = _environ(environ)
+    direct = env.get("FUNCTION_URL_" + name.upper().replace("-", "_"))
+    if direct:
+        return direct.rstrip("/")
+    gateway = (env.get("GATEWAY_URL") or DEFAULT_GATEWAY_URL).rstrip("/")
+    return f"{gateway}/function/{name}"

@@ -36,7 +36,7 @@ def build_service() -> ChatService:
 
     settings = ChatSettings.from_env()
     users = UsersClient(
-        settings.gateway_url, cache_from_env("chat"),
+        settings.users_url, cache_from_env("chat"),
         ttl=settings.preferences_ttl_seconds, timeout=settings.users_timeout_seconds,
     )
     return ChatService(conversation_store_from_env(), publisher_from_env(EVENT_SOURCE), _token_cache, users.preferences, settings)

@@ -1,13 +1,12 @@
-"""The chat function's settings, read once from ``CHAT_*`` (and ``GATEWAY_URL``) variables."""
+"""The chat function's settings, read once from ``CHAT_*`` variables (and where ``users`` is: ``FUNCTION_URL_USERS`` or ``GATEWAY_URL``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
-from shared.config import ConfigError, env_float, env_int, env_str
+from shared.config import ConfigError, env_float, env_int, env_str, function_url
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,8 @@ class ChatSettings:
     default_max_tokens: int = 256
     default_temperature: float = 0.7
     max_message_chars: int = 32_000
-    gateway_url: str = DEFAULT_GATEWAY_URL
+    # The users function (FUNCTION_URL_USERS, else ${GATEWAY_URL}/function/users).
+    users_url: str = "http://127.0.0.1:8080/function/users"
     preferences_ttl_seconds: float = 60.0
     users_timeout_seconds: float = 2.0
     # One blocking read on the token channel; bounded so a stream notices a timeout or a client
@@ -39,7 +39,7 @@ class ChatSettings:
             default_max_tokens=env_int("CHAT_DEFAULT_MAX_TOKENS", 256, environ=environ),
             default_temperature=env_float("CHAT_DEFAULT_TEMPERATURE", 0.7, environ=environ),
             max_message_chars=env_int("CHAT_MAX_MESSAGE_CHARS", 32_000, environ=environ),
-            gateway_url=env_str("GATEWAY_URL", DEFAULT_GATEWAY_URL, environ=environ).rstrip("/"),
+            users_url=function_url("users", environ),
             preferences_ttl_seconds=env_float("CHAT_PREFERENCES_TTL_SECONDS", 60.0, environ=environ),
             users_timeout_seconds=env_float("CHAT_USERS_TIMEOUT_SECONDS", 2.0, environ=environ),
             channel_read_seconds=env_float("CHAT_CHANNEL_READ_SECONDS", 1.0, environ=environ),

@@ -1,6 +1,6 @@
 """The caller's preferences from the ``users`` function, through the gateway, cached per user.
 
-``GET ${GATEWAY_URL}/function/users/me/preferences`` with the caller's own bearer token (so
+``GET <users>/me/preferences`` (``FUNCTION_URL_USERS``, else ``${GATEWAY_URL}/function/users``) with the caller's own bearer token (so
 users applies its own authorization). Answers are cached in the ``chat`` cache namespace for
 ``CHAT_PREFERENCES_TTL_SECONDS``.
 
@@ -21,7 +21,7 @@ from shared.errors import UnavailableError
 
 log = logging.getLogger("functions.chat.users")
 
-PREFERENCES_PATH = "/function/users/me/preferences"
+PREFERENCES_PATH = "/me/preferences"
 FALLBACK_TTL_SECONDS = 5.0
 
 
@@ -57,9 +57,9 @@ DEFAULTS = Preferences()
 
 
 class UsersClient:
-    def __init__(self, gateway_url: str, cache: Any, *, ttl: float = 60.0, timeout: float = 2.0,
+    def __init__(self, users_url: str, cache: Any, *, ttl: float = 60.0, timeout: float = 2.0,
                  session: requests.Session | None = None) -> None:
-        self._url = gateway_url.rstrip("/") + PREFERENCES_PATH
+        self._url = users_url.rstrip("/") + PREFERENCES_PATH
         self._cache = cache
         self._ttl = ttl
         self._timeout = timeout

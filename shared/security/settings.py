@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from shared.config import env_float, env_str
+from shared.config import env_float, env_str, function_url
 
 DEFAULT_ISSUER = "chatfaas-auth"
 DEFAULT_AUDIENCE = "chatfaas"
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
-JWKS_PATH = "/function/auth/.well-known/jwks.json"
+from shared.config import DEFAULT_GATEWAY_URL
+JWKS_PATH = "/.well-known/jwks.json"
 # Asymmetric only: an HMAC algorithm here would let anyone holding the public key mint tokens.
 ALLOWED_ALGORITHMS = ("RS256", "EdDSA")
 
@@ -19,7 +19,7 @@ class SecuritySettings:
     issuer: str = DEFAULT_ISSUER
     audience: str = DEFAULT_AUDIENCE
     leeway_seconds: float = 30.0
-    jwks_url: str = DEFAULT_GATEWAY_URL + JWKS_PATH
+    jwks_url: str = DEFAULT_GATEWAY_URL + "/function/auth" + JWKS_PATH
     jwks_ttl_seconds: float = 300.0
     # An unknown kid forces a JWKS refetch at most this often, so random kids cannot flood auth.
     jwks_min_refresh_seconds: float = 10.0
@@ -30,12 +30,11 @@ class SecuritySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "SecuritySettings":
-        gateway = env_str("GATEWAY_URL", DEFAULT_GATEWAY_URL, environ=environ).rstrip("/")
         return cls(
             issuer=env_str("AUTH_ISSUER", DEFAULT_ISSUER, environ=environ),
             audience=env_str("AUTH_AUDIENCE", DEFAULT_AUDIENCE, environ=environ),
             leeway_seconds=env_float("AUTH_LEEWAY_SECONDS", 30.0, environ=environ),
-            jwks_url=env_str("AUTH_JWKS_URL", gateway + JWKS_PATH, environ=environ),
+            jwks_url=env_str("AUTH_JWKS_URL", function_url("auth", environ) + JWKS_PATH, environ=environ),
             jwks_ttl_seconds=env_float("AUTH_JWKS_TTL_SECONDS", 300.0, environ=environ),
             jwks_min_refresh_seconds=env_float("AUTH_JWKS_MIN_REFRESH_SECONDS", 10.0, environ=environ),
             jwks_timeout_seconds=env_float("AUTH_JWKS_TIMEOUT_SECONDS", 3.0, environ=environ),

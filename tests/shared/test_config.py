@@ -41,3 +41,12 @@ def test_typed_env_values_and_errors():
         env_int("N", environ={"N": "five"})
     with pytest.raises(ConfigError, match="required"):
         env_int("N", environ={})
+
+
+def test_function_urls_prefer_direct_urls_then_the_gateway():
+    from shared.config import function_url
+
+    assert function_url("users", environ={}) == "http://127.0.0.1:8080/function/users"
+    assert function_url("users", environ={"GATEWAY_URL": "http://gw:8080/"}) == "http://gw:8080/function/users"
+    assert function_url("chat-results", environ={"FUNCTION_URL_CHAT_RESULTS": "http://cr.svc/",
+                                                 "GATEWAY_URL": "http://gw"}) == "http://cr.svc"
