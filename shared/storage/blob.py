@@ -14,11 +14,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-try:  # the project's error tree, where it exists
-    from shared.errors import NotFoundError
-except ImportError:  # pragma: no cover - shared/errors.py is owned elsewhere
-    class NotFoundError(LookupError):
-        """A key that the store does not hold."""
+from shared.errors import NotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARTEFACT_DIR = REPO_ROOT / "var" / "artefacts"
