@@ -127,3 +127,11 @@ def json_error(response: requests.Response) -> dict:
 
 
 __all__ = ["Platform", "CallbackReceiver", "register_and_login", "bearer", "json_error", "start_platform", "json"]
+
+
+@pytest.fixture(scope="session")
+def inference_artefacts() -> Path:
+    """The default model's artefacts (exported on first use by scripts/export_model)."""
+    from tests.inference.conftest import ensure_default_artefacts
+
+    return ensure_default_artefacts()
