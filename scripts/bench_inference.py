@@ -75,7 +75,7 @@ def worker_ours(args, prompt: list[int]) -> dict:
     from functions.inference.engine import Engine, EngineConfig, GenerationParams
 
     engine = Engine.load(EngineConfig(model_dir=str(args.model_dir), threads=args.threads, max_batch=8,
-                                      max_context=args.max_context))
+                                      max_context=args.max_context, allow_spinning=args.spin))
     engine.warmup()
     engine._scheduler.eos_ids = set()  # benchmark only: decode exactly NEW_TOKENS, like the peer
     params = GenerationParams(max_tokens=args.new_tokens)
@@ -115,7 +115,7 @@ def worker_ours(args, prompt: list[int]) -> dict:
 
     conc = {n: median([concurrent(n) for _ in range(max(3, args.runs // 2))]) for n in (4, 8)}
     out = {
-        "engine": f"ours ({engine.info()['variant']}, {engine.provider})",
+        "engine": f"ours ({engine.info()['variant']}, {engine.provider}{', spinning' if args.spin else ''})",
         "prefill_ms": median(prefill), "ttft_ms": median(ttft), "decode_tps_b1": median(decode),
         "total_tps_4": conc[4], "total_tps_8": conc[8],
         "single_stream_total_tps": args.new_tokens / (median(ttft) / 1000 + (args.new_tokens - 1) / median(decode)),
@@ -130,7 +130,8 @@ def worker_ready(args) -> dict:
     """Cold start probe: import, load, warm up; the parent timed the process start."""
     from functions.inference.engine import Engine, EngineConfig
 
-    engine = Engine.load(EngineConfig(model_dir=str(args.model_dir), threads=args.threads, max_context=args.max_context))
+    engine = Engine.load(EngineConfig(model_dir=str(args.model_dir), threads=args.threads, max_context=args.max_context,
+                                      allow_spinning=args.spin))
     engine.warmup()
     return {"ready_at": time.time(), "ready": engine.ready}
 
@@ -177,6 +178,8 @@ def run_worker(python: str, role: str, args, prompt: list[int] | None) -> dict:
            "--threads", str(args.threads), "--runs", str(args.runs), "--new-tokens", str(args.new_tokens)]
     if args.max_context:
         cmd += ["--max-context", str(args.max_context)]
+    if args.spin:
+        cmd += ["--spin"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, input=json.dumps(prompt or []), capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -249,6 +252,7 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=PROMPT_TOKENS)
     ap.add_argument("--max-context", type=int, default=None)
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--spin", action="store_true", help="let onnxruntime's threads spin (EngineConfig.allow_spinning)")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
     ap.add_argument("--worker", choices=["ours", "llama", "ready"], help=argparse.SUPPRESS)
     args = ap.parse_args()

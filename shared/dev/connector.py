@@ -1,23 +1,47 @@
 """The Kafka connector: the event source for OpenFaaS CE (Knative uses ``KafkaSource`` instead).
 
 Subscriptions come from stack.yml's ``topic`` annotations (comma-separated). Each function gets
-its own consumer group (``connector-<function>``) and thread; records are delivered one at a
-time, so the order inside a partition is kept.
+its own consumer group (``connector-<function>``) and consumer thread.
+
+Delivery is concurrent with per-key order (Confluent parallel-consumer's "key" ordering): up to
+``CONNECTOR_CONCURRENCY`` records (default 8; per function, the annotation
+``com.chatfaas.connector.concurrency``) are delivered at once on a pool of threads. Records with
+the same Kafka key (the conversation id) are delivered one after the other in offset order; a
+record without a key is ordered with its partition. Different keys run in parallel, within and
+across partitions, so a function that batches concurrent requests sees them together.
+
+The consumer thread alone touches the KafkaConsumer: it keeps polling (so the group membership
+outlives slow calls and long backoffs), hands records to the pool and commits. Per partition it
+commits the lowest offset not finished yet, never past a record still queued or running, so a
+crash loses nothing accepted (records after it may be delivered again: at-least-once).
+Back-pressure: once ``CONNECTOR_MAX_PENDING`` records (default 4x concurrency) are fetched but
+unfinished, fetching pauses (``KafkaConsumer.pause``) while polls go on, until records finish.
+
+Rebalance: before it, each partition's finished prefix is committed. After it, a partition
+still assigned keeps its queued and running records (kafka-python keeps its fetch position); for
+a partition now owned by another member, queued records are dropped and running ones abandoned
+(they finish, but do not count): the new owner delivers them again from the committed offset.
+Waiting for them instead could outlast ``max_poll_interval_ms`` and cost the membership anyway.
+
+Stop (SIGTERM): nothing new starts, running deliveries get ``CONNECTOR_STOP_GRACE`` seconds
+(default 5; a backoff wait ends at once), what finished is committed, and the rest is delivered
+again after the restart.
 
 Each record is POSTed to ``<gateway>/function/<name>`` as a CloudEvent in HTTP binary mode: the
 record's ``ce_*`` Kafka headers become ``ce-*`` HTTP headers (a record without them gets the
 attributes KafkaSource would give it), plus ``X-Topic``, ``X-Kafka-Key``, ``X-Kafka-Partition``,
 ``X-Kafka-Offset``; the body is the record value.
 
-Outcomes: 2xx → commit. 429, 5xx, timeouts and connection errors → retry with exponential
+Outcomes: 2xx → done. 429, 5xx, timeouts and connection errors → retry with exponential
 backoff (honouring ``Retry-After``); after ``CONNECTOR_MAX_ATTEMPTS`` tries (a function that cannot
 be reached at all is waited for, without counting) the record goes to
-``<topic>.dlq`` with ``x-dlq-*`` headers, then the offset is committed. Any other 4xx is a bad
-event: dead-lettered at once, so it never blocks its partition.
+``<topic>.dlq`` with ``x-dlq-*`` headers, then it is done. Any other 4xx is a bad event:
+dead-lettered at once, so it never blocks its key.
 
 Run: ``python -m shared.dev.connector --stack stack.yml --gateway http://127.0.0.1:8080``
 (env ``KAFKA_BOOTSTRAP_SERVERS``, ``GATEWAY_URL``, ``CONNECTOR_MAX_ATTEMPTS``,
-``CONNECTOR_BACKOFF_BASE``, ``CONNECTOR_BACKOFF_MAX``, ``CONNECTOR_TIMEOUT``).
+``CONNECTOR_BACKOFF_BASE``, ``CONNECTOR_BACKOFF_MAX``, ``CONNECTOR_TIMEOUT``,
+``CONNECTOR_CONCURRENCY``, ``CONNECTOR_MAX_PENDING``, ``CONNECTOR_STOP_GRACE``).
 """
 from __future__ import annotations
 
@@ -26,11 +50,13 @@ import email.utils
 import logging
 import os
 import signal
+import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import requests
 
@@ -41,6 +67,8 @@ from shared.stack import load_stack
 log = logging.getLogger("shared.dev.connector")
 
 MAX_RETRY_AFTER = 300.0
+CONCURRENCY_ANNOTATION = "com.chatfaas.connector.concurrency"
+DEFAULT_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,43 @@ class DeliveryPolicy:
         if retry_after is not None:
             return max(backoff, min(retry_after, MAX_RETRY_AFTER))
         return backoff
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How many records of one function are delivered at once, and how many may wait."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_pending: int | None = None  # fetched but unfinished, before fetching pauses; 4x concurrency
+    stop_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_pending is None:
+            object.__setattr__(self, "max_pending", 4 * self.concurrency)
+
+    @classmethod
+    def from_env(cls, annotations: Mapping[str, str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> "Parallelism":
+        """The function's ``com.chatfaas.connector.concurrency`` annotation, else
+        ``CONNECTOR_CONCURRENCY``; ``CONNECTOR_MAX_PENDING`` defaults to 4x that."""
+        env = os.environ if environ is None else environ
+        raw = (annotations or {}).get(CONCURRENCY_ANNOTATION) or env.get("CONNECTOR_CONCURRENCY")
+        concurrency = _positive_int(raw, DEFAULT_CONCURRENCY, CONCURRENCY_ANNOTATION)
+        max_pending = _positive_int(env.get("CONNECTOR_MAX_PENDING"), 4 * concurrency, "CONNECTOR_MAX_PENDING")
+        return cls(concurrency=concurrency, max_pending=max(max_pending, concurrency),
+                   stop_grace=float(env.get("CONNECTOR_STOP_GRACE", "5")))
+
+
+def _positive_int(raw: str | None, default: int, what: str) -> int:
+    if raw is None or not str(raw).strip():
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -145,24 +210,116 @@ def event_headers(record) -> dict[str, str]:
     return headers
 
 
+def ordering_key(record) -> tuple:
+    """Records with equal ordering keys are delivered one at a time, in offset order. A keyed
+    record is ordered with its key (a conversation) in its topic; a record without a key with
+    its partition, the order Kafka itself promises it."""
+    if record.key is not None:
+        return ("key", record.topic, record.key)
+    return ("partition", record.topic, record.partition)
+
+
+@dataclass(eq=False)
+class Job:
+    record: Any
+    progress: kafka_io.PartitionProgress
+    key: tuple
+
+
+class KeyedPool:
+    """Worker threads that run jobs in parallel, except that jobs with the same key run one at
+    a time, in the order they were submitted (a job waits behind the queued or running ones).
+
+    Daemon threads rather than a ThreadPoolExecutor: a call still running when the connector
+    stops must not hold the process open (its record is not committed; it comes again)."""
+
+    def __init__(self, size: int, run: Callable[[Job], None], name: str):
+        self._run = run
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()  # jobs whose key is free
+        self._waiting: dict[tuple, deque] = {}  # key → jobs behind the one ready or running
+        self._lock = threading.Lock()
+        self._running = 0
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
+                         for n in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            behind = self._waiting.get(job.key)
+            if behind is not None:
+                behind.append(job)
+                return
+            self._waiting[job.key] = deque()
+        self._ready.put(job)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return self._running
+
+    @property
+    def idle(self) -> bool:
+        """No job queued or running."""
+        with self._lock:
+            return not self._waiting
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._ready.put(None)
+
+    def _work(self) -> None:
+        while (job := self._ready.get()) is not None:
+            with self._lock:
+                self._running += 1
+            try:
+                self._run(job)
+            except BaseException:  # the runner reports its own errors; the key must not stay stuck
+                log.exception("connector job for %s failed", job.key)
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    behind = self._waiting[job.key]
+                    following = behind.popleft() if behind else None
+                    if following is None:
+                        del self._waiting[job.key]
+            if following is not None:
+                self._ready.put(following)
+
+
 class FunctionConsumer(threading.Thread):
-    """Delivers the records of one function's topics, in order, to that function."""
+    """Delivers the records of one function's topics to that function: concurrently, one at a
+    time per key, committing per partition only what is finished."""
 
     def __init__(self, function: str, topics: Sequence[str], *, gateway: str, servers: str,
-                 policy: DeliveryPolicy, stopping: threading.Event, producer_factory: Callable | None = None):
+                 policy: DeliveryPolicy, stopping: threading.Event, producer_factory: Callable | None = None,
+                 parallelism: Parallelism | None = None):
         super().__init__(name=f"connector-{function}", daemon=True)
         self.function = function
         self.topics = list(topics)
         self.url = f"{gateway.rstrip('/')}/function/{function}"
         self.servers = servers
         self.policy = policy
+        self.parallelism = parallelism or Parallelism.from_env()
         self.stopping = stopping
         self.group_id = f"connector-{function}"
-        self.http = requests.Session()
+        self.tracker = kafka_io.OffsetTracker()
+        self.paused = False  # fetching paused for back-pressure (read by tests and logs)
+        self._sessions = threading.local()  # requests.Session is not meant to be shared by threads
         self._producer = None
+        self._producer_lock = threading.Lock()
         self._producer_factory = producer_factory or (lambda: kafka_io.producer(servers))
+        self._pool: KeyedPool | None = None
+        self._failure: BaseException | None = None
 
     # -- one try / all tries -------------------------------------------------------------
+    @property
+    def http(self):
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = requests.Session()
+        return session
+
     def attempt(self, record) -> Attempt:
         try:
             response = self.http.post(self.url, data=record.value or b"", headers=event_headers(record),
@@ -201,8 +358,9 @@ class FunctionConsumer(threading.Thread):
                 return None
 
     def dead_letter(self, record, verdict: Verdict) -> None:
-        if self._producer is None:
-            self._producer = self._producer_factory()
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = self._producer_factory()
         headers = list(record.headers or ()) + [
             ("x-dlq-reason", verdict.last.reason.encode()),
             ("x-dlq-status", str(verdict.last.status or "").encode()),
@@ -218,7 +376,7 @@ class FunctionConsumer(threading.Thread):
                     record.partition, record.offset, verdict.attempts, verdict.last.reason[:200])
 
     def process(self, record) -> bool:
-        """Deliver or dead-letter one record; True when its offset may be committed."""
+        """Deliver or dead-letter one record; True when it is finished (its offset may be committed)."""
         verdict = self.deliver(record)
         if verdict is None:
             return False
@@ -226,38 +384,123 @@ class FunctionConsumer(threading.Thread):
             self.dead_letter(record, verdict)
         return True
 
-    # -- the consumer loop ---------------------------------------------------------------
-    def run(self) -> None:
-        from kafka import KafkaConsumer
+    # -- on a pool thread ----------------------------------------------------------------
+    def _run_job(self, job: Job) -> None:
+        if self.stopping.is_set() or job.progress.revoked or self._failure is not None:
+            return  # abandoned: left unfinished, so no commit passes it
+        try:
+            finished = self.process(job.record)
+        except Exception as exc:  # e.g. the DLQ cannot be written: stop loudly, commit nothing past it
+            log.exception("%s: %s@%d/%d could not be finished", self.function, job.record.topic,
+                          job.record.partition, job.record.offset)
+            self._failure = exc
+            return
+        if finished:
+            self.tracker.finish(job.progress, job.record.offset)
 
-        consumer = KafkaConsumer(*self.topics, bootstrap_servers=self.servers, group_id=self.group_id,
+    # -- on the consumer thread ----------------------------------------------------------
+    def dispatch(self, partition, record) -> None:
+        progress = self.tracker.add(partition, record.offset)
+        if progress is not None:
+            self._pool.submit(Job(record, progress, ordering_key(record)))
+
+    def commit(self, consumer, partitions=None) -> None:
+        """Commit each partition's finished prefix (only where it moved)."""
+        positions = self.tracker.to_commit(partitions)
+        if positions and kafka_io.commit_positions(consumer, positions):
+            self.tracker.committed(positions)
+
+    def throttle(self, consumer) -> int:
+        """Pause fetching while ``max_pending`` records are unfinished (polls go on, keeping the
+        membership), resume below it; returns how many more records may be fetched now."""
+        unfinished = self.tracker.unfinished
+        room = self.parallelism.max_pending - unfinished
+        if room <= 0:
+            unpaused = consumer.assignment() - consumer.paused()  # e.g. assigned by a rebalance
+            if unpaused:
+                consumer.pause(*unpaused)
+            if not self.paused:
+                log.info("%s: %d records unfinished; fetching paused", self.function, unfinished)
+            self.paused = True
+        elif self.paused:
+            consumer.resume(*consumer.paused())
+            self.paused = False
+        return max(1, room)
+
+    def drain(self, consumer) -> None:
+        """On stop: let running deliveries finish for ``stop_grace`` seconds (queued ones are
+        skipped), still polling so the final commit is accepted; the rest is abandoned."""
+        consumer.pause(*consumer.assignment())
+        deadline = time.monotonic() + self.parallelism.stop_grace
+        while not self._pool.idle and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100)  # records of partitions assigned meanwhile: never committed
+            self.commit(consumer)
+        self.commit(consumer)
+        if not self._pool.idle:
+            log.warning("%s: stopping with %d deliveries still running; they will be delivered again",
+                        self.function, self._pool.running)
+
+    def _consumer(self):
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        owner = self
+
+        class Rebalance(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                # Before the group rejoins: the last moment to commit what finished since the
+                # loop's last commit. Not waited for (see commit_positions_soon); a partition kept
+                # is committed again by the loop.
+                kafka_io.commit_positions_soon(consumer, owner.tracker.to_commit(revoked))
+
+            def on_partitions_assigned(self, assigned):
+                # kafka-python keeps the fetch position of a partition that stays assigned, so
+                # its queued and running records are kept too; only lost partitions are dropped.
+                lost = owner.tracker.keep_only(consumer.assignment())
+                log.info("%s: assigned %s%s", owner.function, sorted((p.topic, p.partition) for p in assigned),
+                         f"; abandoned the unfinished records of {sorted(lost)}" if lost else "")
+
+        consumer = KafkaConsumer(bootstrap_servers=self.servers, group_id=self.group_id,
                                  client_id=self.group_id, **kafka_io.consumer_settings())
-        log.info("%s: consuming %s as %s", self.function, ",".join(self.topics), self.group_id)
+        consumer.subscribe(self.topics, listener=Rebalance())
+        return consumer
+
+    def run(self) -> None:
+        consumer = self._consumer()
+        self._pool = KeyedPool(self.parallelism.concurrency, self._run_job, self.name)
+        log.info("%s: consuming %s as %s, %d at a time", self.function, ",".join(self.topics),
+                 self.group_id, self.parallelism.concurrency)
         try:
             while not self.stopping.is_set():
-                for partition, records in consumer.poll(timeout_ms=500).items():
+                if self._failure is not None:
+                    self.commit(consumer)
+                    raise RuntimeError(f"{self.function}: a record could not be finished") from self._failure
+                room = self.throttle(consumer)
+                # Short polls while records are out, so their commits follow them closely.
+                wait_ms = 100 if self.tracker.unfinished else 500
+                for partition, records in consumer.poll(timeout_ms=wait_ms, max_records=room).items():
                     for record in records:
-                        if self.stopping.is_set():
-                            return
-                        if not kafka_io.run_while_polling(consumer, self.process, record):
-                            return
-                        kafka_io.commit(consumer, partition, record.offset)
+                        self.dispatch(partition, record)
+                self.commit(consumer)
+            self.drain(consumer)
         except Exception:
             log.exception("%s: consumer stopped", self.function)
             raise
         finally:
-            consumer.close()
+            self._pool.close()
+            consumer.close(autocommit=False)
             if self._producer is not None:
                 self._producer.close(timeout=5)
 
 
 class Connector:
     def __init__(self, subscriptions: dict[str, list[str]], *, gateway: str, servers: str,
-                 policy: DeliveryPolicy | None = None):
+                 policy: DeliveryPolicy | None = None, parallelism: Mapping[str, Parallelism] | None = None):
         self.stopping = threading.Event()
+        policy = policy or DeliveryPolicy.from_env()
+        parallelism = parallelism or {}
         self.consumers = [
-            FunctionConsumer(function, topics, gateway=gateway, servers=servers,
-                             policy=policy or DeliveryPolicy.from_env(), stopping=self.stopping)
+            FunctionConsumer(function, topics, gateway=gateway, servers=servers, policy=policy,
+                             stopping=self.stopping, parallelism=parallelism.get(function))
             for function, topics in subscriptions.items()
         ]
 
@@ -286,10 +529,12 @@ def main(argv: list[str] | None = None) -> None:
     servers = kafka_io.bootstrap_servers(args.bootstrap_servers)
     if not servers:
         raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set")
-    subscriptions = load_stack(args.stack).subscriptions()
+    stack = load_stack(args.stack)
+    subscriptions = stack.subscriptions()
     if not subscriptions:
         log.info("no function has a topic annotation; nothing to consume")
-    connector = Connector(subscriptions, gateway=args.gateway, servers=servers)
+    parallelism = {name: Parallelism.from_env(stack.get(name).annotations) for name in subscriptions}
+    connector = Connector(subscriptions, gateway=args.gateway, servers=servers, parallelism=parallelism)
     signal.signal(signal.SIGTERM, lambda *_: connector.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: connector.stopping.set())
     connector.run()

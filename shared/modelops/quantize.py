@@ -52,12 +52,12 @@ def materialize_transposed_weights(model: onnx.ModelProto) -> int:
 def quantize_matmuls(src: str | Path, dest: str | Path, bits: int = BITS, block_size: int = BLOCK_SIZE,
                      accuracy_level: int = ACCURACY_LEVEL, exclude: tuple[str, ...] = (),
                      precise: tuple[str, ...] = (), fine: tuple[str, ...] = (),
-                     fine_block_size: int = BLOCK_SIZE) -> Path:
+                     fine_block_size: int = BLOCK_SIZE, fine_bits: int | None = None) -> Path:
     """Writes a copy of `src` whose constant-weight MatMuls are MatMulNBits.
 
     `exclude`: MatMul node names left in fp32. `precise`: node names quantized with
     accuracy_level 1 (fp32 activations; slow on CPU). `fine`: substrings of node names that are
-    quantized with `fine_block_size` (smaller blocks: more accurate) instead of `block_size`.
+    quantized with `fine_block_size` and `fine_bits` instead of `block_size` and `bits`.
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -68,15 +68,17 @@ def quantize_matmuls(src: str | Path, dest: str | Path, bits: int = BITS, block_
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in exclude]
     fine_nodes = [n for n in matmuls if any(p in n for p in fine) and n not in precise]
     passes = [
-        (fine_nodes, fine_block_size, accuracy_level),
-        (list(precise), block_size, 1),
-        ([n for n in matmuls if n not in fine_nodes and n not in precise], block_size, accuracy_level),
+        (fine_nodes, fine_block_size, accuracy_level, fine_bits or bits),
+        (list(precise), block_size, 1, bits),
+        ([n for n in matmuls if n not in fine_nodes and n not in precise], block_size, accuracy_level, bits),
     ]
-    for nodes, block, level in passes:
+    for nodes, block, level, nbits in passes:
         if not nodes:
             continue
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True,
-                                         accuracy_level=level, nodes_to_include=nodes)
+        # nodes_to_include only adds to the op types quantized: restrict a pass by excluding the rest
+        others = [n for n in matmuls if n not in nodes]
+        quantizer = MatMulNBitsQuantizer(model, bits=nbits, block_size=block, is_symmetric=True,
+                                         accuracy_level=level, nodes_to_exclude=[*exclude, *others])
         quantizer.process()
         model = quantizer.model.model
     dest = Path(dest)

@@ -98,6 +98,9 @@ def test_streamed_text_is_whole_characters(engine, ask):
                       max_tokens=40)
     assert all("\ufffd" not in e.text for e in events)
     assert "".join(e.text for e in events) == gen.text
+    # incremental decoding gives exactly the text of decoding every token at once
+    ids = [e.token_id for e in events if e.token_id >= 0]
+    assert engine.tokenizer.decode(ids) == gen.text
 
 
 def test_cancel_frees_the_slot(engine, ask):

@@ -70,3 +70,16 @@ def test_the_environment_selects_store_model_and_variant(fake_variant, s3_store,
     local = model_dir_from_env(env)
     assert read_manifest(local)["variant"] == "v"
     assert json.loads((local / "config.json").read_text()) == {"model_type": "llama"}
+
+
+def test_reading_artefacts_needs_only_the_standard_library_and_boto3():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, json; import shared.modelops.artefacts; "
+            "print(json.dumps(sorted(m for m in ('numpy', 'onnx', 'onnxruntime', 'torch', 'transformers', 'boto3') "
+            "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []  # boto3 too is imported only when an S3 store is used

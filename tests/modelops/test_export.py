@@ -67,3 +67,11 @@ def test_a_variant_below_the_quality_gate_is_refused_and_not_written(tmp_path):
     assert out.returncode != 0
     assert "refused" in out.stderr
     assert LocalBlobStore(store).list() == []
+
+
+def test_check_reports_a_missing_store_without_exporting(tmp_path):
+    store = tmp_path / "empty"
+    out = subprocess.run([EXPORT, "--check", "--store", str(store)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "needs export" in out.stderr
+    assert not store.exists()

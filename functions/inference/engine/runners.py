@@ -3,13 +3,18 @@
 Both keep per-request KV state in *slots* (0..max_batch-1) and offer the same three calls:
 `add(prompt_ids) -> (slot, last_logits)`, `step(slots, tokens) -> logits[len(slots), vocab]`
 and `remove(slot)`. A request joins or leaves between two steps (continuous batching).
+`SharedBufferRunner` also has `extend(slot, ids)`, which appends prompt tokens to a slot, so a
+long prompt can be prefilled in chunks between decode steps.
 
 - `SharedBufferRunner` serves the fused graph (GroupQueryAttention): one pre-allocated KV
   buffer per layer, `[max_batch, kv_heads, capacity, head_dim]`, bound in place through IO
   binding as both past and present, so a step copies no cache at all. A slot is a row. The
   capacity doubles (one copy) when a sequence outgrows it, up to the context length.
 - `ConcatRunner` serves optimum's graph (past/present concatenated every step). Rows are
-  left-padded to a common length; joining and leaving copy the cache once.
+  left-padded to a common length; joining and leaving copy the cache once. Known limit: with
+  optimum's graph quantized to MatMulNBits, a left-padded row's logits differ from the same
+  request run alone by up to ~0.9 (fp32 graph: exactly equal; cause not found), so greedy
+  text can change under batching. The fused graph is batch-invariant; serve that one.
 """
 from __future__ import annotations
 
@@ -55,6 +60,9 @@ class SharedBufferRunner:
         self.device = device
         self.past_names, self._kv_heads, self._head_dim = _kv_layout(session)
         self.vocab = session.get_outputs()[0].shape[-1]
+        past_type = next(i.type for i in session.get_inputs() if i.name == self.past_names[0])
+        self._kv_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
+        self._logits_dtype = np.float16 if session.get_outputs()[0].type == "tensor(float16)" else np.float32
         self.lengths = [0] * max_batch  # tokens in each slot's cache
         self.active = [False] * max_batch
         # ORT's CPU attention touches a slot's whole buffer row, so memory follows the capacity:
@@ -68,11 +76,11 @@ class SharedBufferRunner:
         if self.device == "cuda":
             import onnxruntime as ort
 
-            buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0)
+            buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_dtype, "cuda", 0)
                        for _ in self.past_names]
             ptrs = [b.data_ptr() for b in buffers]
         else:
-            buffers = [np.zeros(shape, np.float32) for _ in self.past_names]
+            buffers = [np.zeros(shape, self._kv_dtype) for _ in self.past_names]
             used = max((n for n, a in zip(self.lengths, self.active) if a), default=0)
             if used:
                 for new, old in zip(buffers, self._buffers):
@@ -81,7 +89,7 @@ class SharedBufferRunner:
         self._buffers, self._ptrs = buffers, ptrs
         self.capacity = capacity
         self._row_shape = (self._kv_heads, capacity, self._head_dim)
-        self._row_bytes = self._kv_heads * capacity * self._head_dim * 4
+        self._row_bytes = self._kv_heads * capacity * self._head_dim * np.dtype(self._kv_dtype).itemsize
         self._bindings: dict[tuple[int, int], object] = {}
 
     def _ensure_capacity(self, needed: int) -> None:
@@ -107,8 +115,8 @@ class SharedBufferRunner:
             offset = first * self._row_bytes
             dev = "cuda" if self.device == "cuda" else "cpu"
             for name, ptr in zip(self.past_names, self._ptrs):
-                binding.bind_input(name, dev, 0, np.float32, shape, ptr + offset)
-                binding.bind_output(_present_name(name), dev, 0, np.float32, shape, ptr + offset)
+                binding.bind_input(name, dev, 0, self._kv_dtype, shape, ptr + offset)
+                binding.bind_output(_present_name(name), dev, 0, self._kv_dtype, shape, ptr + offset)
             self._bindings[key] = binding
         return binding
 
@@ -116,10 +124,10 @@ class SharedBufferRunner:
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
-        logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
-        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        logits = np.empty((input_ids.shape[0], 1, self.vocab), self._logits_dtype)
+        binding.bind_output("logits", "cpu", 0, self._logits_dtype, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return logits[:, 0, :]
+        return logits[:, 0, :].astype(np.float32, copy=False)
 
     def add(self, prompt_ids: list[int]) -> tuple[int, np.ndarray]:
         n = len(prompt_ids)
@@ -135,13 +143,23 @@ class SharedBufferRunner:
         self.lengths[slot] = n
         return slot, logits[0]
 
+    def extend(self, slot: int, ids: list[int]) -> np.ndarray:
+        """Appends more prompt tokens to a slot (chunked prefill); returns the last logits."""
+        n, past = len(ids), self.lengths[slot]
+        self._ensure_capacity(past + n)
+        chunk = np.asarray(ids, dtype=np.int64).reshape(1, n)
+        logits = self._run(self._binding(slot, 1), chunk, np.array([past + n - 1], np.int32), past + n)
+        self.lengths[slot] = past + n
+        return logits[0]
+
     def step(self, slots: list[int], tokens: list[int]) -> np.ndarray:
-        """One token for each slot; rows between them that are free run on a dummy token
-        (their buffers are unused, and this keeps every step copy-free)."""
+        """One token for each slot. Rows between them that are not stepped run on a dummy
+        token written just past their cached tokens (free rows: at 0; rows still in chunked
+        prefill: where their next chunk will overwrite it), which keeps every step copy-free."""
         rows = max(slots) + 1
-        self._ensure_capacity(max(self.lengths[s] for s in slots) + 1)
+        self._ensure_capacity(max(self.lengths[:rows]) + 1)
         ids = np.zeros((rows, 1), np.int64)
-        seqlens = np.zeros(rows, np.int32)
+        seqlens = np.array(self.lengths[:rows], np.int32)
         for s, t in zip(slots, tokens):
             if self.lengths[s] + 1 > self.max_context:
                 raise ValueError(f"slot {s} is full")

@@ -2,7 +2,9 @@
 
 Each loop iteration admits waiting requests into free slots (prefill gives each its first
 token at once), then runs one decode step for every active request. Requests join and leave
-at token boundaries, so a long generation never holds the others back.
+at token boundaries, so a long generation never holds the others back. A long prompt is
+prefilled in chunks (where the runner supports it), one chunk per iteration between decode
+steps, so it does not stall the requests that are streaming either.
 """
 from __future__ import annotations
 
@@ -88,6 +90,10 @@ class Generation:
 
 
 class Scheduler:
+    #: Prompt tokens per prefill chunk: bounds the stall of streaming requests and the
+    #: attention scratch memory of one prefill.
+    PREFILL_CHUNK = 256
+
     def __init__(self, runner, eos_ids: set[int], context_length: int):
         self.runner = runner
         self.eos_ids = set(eos_ids)
@@ -96,6 +102,7 @@ class Scheduler:
         self._lock = threading.Condition()
         self._active: dict[int, Generation] = {}  # slot -> request
         self._next_token: dict[int, int] = {}  # slot -> token to feed at the next step
+        self._prefilling: dict[int, tuple[Generation, list[int]]] = {}  # slot -> (request, ids left)
         self._closed = False
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="inference-scheduler", daemon=True)
@@ -122,6 +129,7 @@ class Scheduler:
                     break
                 for gen in admitted:
                     self._prefill(gen)
+                self._prefill_next_chunk()
                 self._drop_cancelled()
                 if self._active:
                     self._decode_step()
@@ -134,12 +142,16 @@ class Scheduler:
     def _take_pending(self) -> list[Generation] | None:
         """Waiting requests that fit in free slots; blocks while idle; None when closed."""
         with self._lock:
-            while not self._pending and not self._active and not self._closed:
+            while not self._pending and not self._active and not self._prefilling and not self._closed:
                 self._lock.wait()
             if self._closed:
                 return None
             taken = []
             free = self.runner.free_slots()
+            if self._active or self._prefilling:
+                # one prefill between two decode steps, so that arrivals do not stall the
+                # requests that are already streaming
+                free = min(free, 1)
             while self._pending and len(taken) < free:
                 gen = self._pending.popleft()
                 if gen.cancelled:
@@ -149,7 +161,31 @@ class Scheduler:
             return taken
 
     def _prefill(self, gen: Generation) -> None:
-        slot, logits = self.runner.add(gen.prompt_ids)
+        ids = gen.prompt_ids
+        chunked = hasattr(self.runner, "extend") and len(ids) > self.PREFILL_CHUNK
+        try:
+            slot, logits = self.runner.add(ids[: self.PREFILL_CHUNK] if chunked else ids)
+        except ValueError as exc:  # this request does not fit: it fails, the others go on
+            gen._fail(exc)
+            return
+        if chunked:
+            self._prefilling[slot] = (gen, ids[self.PREFILL_CHUNK:])
+            return
+        self._active[slot] = gen
+        self._accept(slot, gen, logits)
+
+    def _prefill_next_chunk(self) -> None:
+        """One chunk of the oldest request still in chunked prefill."""
+        if not self._prefilling:
+            return
+        slot = next(iter(self._prefilling))
+        gen, rest = self._prefilling[slot]
+        logits = self.runner.extend(slot, rest[: self.PREFILL_CHUNK])
+        rest = rest[self.PREFILL_CHUNK:]
+        if rest:
+            self._prefilling[slot] = (gen, rest)
+            return
+        del self._prefilling[slot]
         self._active[slot] = gen
         self._accept(slot, gen, logits)
 
@@ -187,12 +223,17 @@ class Scheduler:
         for slot, gen in list(self._active.items()):
             if gen.cancelled:
                 self._release(slot, gen, "stop")
+        for slot, (gen, _) in list(self._prefilling.items()):
+            if gen.cancelled:
+                del self._prefilling[slot]
+                self._release(slot, gen, "stop")
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             self._closed = True
             waiting = list(self._pending)
             self._pending.clear()
-        for gen in [*waiting, *self._active.values()]:
+        for gen in [*waiting, *self._active.values(), *(g for g, _ in self._prefilling.values())]:
             gen._fail(exc)
         self._active.clear()
+        self._prefilling.clear()

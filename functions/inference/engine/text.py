@@ -70,26 +70,41 @@ class TextStream:
     """Turns generated token ids into text deltas that are UTF-8 complete and never contain
     (part of) a stop sequence.
 
-    The whole completion is re-decoded from a window start (`prefix`) so that tokenizers that
-    merge spaces or bytes across tokens decode correctly; text that may still change (a trailing
-    replacement character from an incomplete byte sequence, or a suffix that could begin a stop
-    sequence) is held back until it is settled.
+    Decoding is incremental over a short window (`prefix`..end), so that tokenizers that merge
+    spaces or bytes across tokens decode correctly and a long completion costs O(1) per token.
+    Text that may still change (an incomplete multi-byte character, or a suffix that could begin
+    a stop sequence) is held back until it is settled.
     """
 
     def __init__(self, decode, stop: list[str]):
         self._decode = decode
         self._stop = list(stop)
         self._ids: list[int] = []
-        self.text = ""  # settled + released text
-        self._emitted = 0
+        self._prefix = 0  # window start for decoding
+        self._read = 0  # ids[:_read] are already in _full
+        self._full = ""  # decoded completion so far (complete characters only)
+        self._emitted = 0  # len of the released prefix of _full
         self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """The text released so far."""
+        return self._full[:self._emitted]
+
+    def _decode_new(self) -> str:
+        """Text of the ids not yet decoded, or "" while they end inside a character."""
+        known = self._decode(self._ids[self._prefix:self._read])
+        window = self._decode(self._ids[self._prefix:])
+        if window.endswith("\ufffd") or len(window) <= len(known):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return window[len(known):]
 
     def push(self, token_id: int) -> str:
         """Adds a token; returns the text that can be released now."""
         self._ids.append(token_id)
-        full = self._decode(self._ids)
-        if full.endswith("\ufffd"):
-            return ""  # an incomplete multi-byte character: wait for the next token
+        self._full += self._decode_new()
+        full = self._full
         for s in self._stop:
             # search from just before the released text: a stop can straddle the boundary
             idx = full.find(s, max(0, self._emitted - len(s) + 1))
@@ -112,12 +127,10 @@ class TextStream:
         end = max(end, self._emitted)
         delta = full[self._emitted:end]
         self._emitted = end
-        self.text = full[:end]
         return delta
 
     def finish(self) -> str:
         """At the end of generation (not stopped): releases whatever was held back."""
         if self.stopped:
             return ""
-        full = self._decode(self._ids).rstrip("\ufffd")
-        return self._release(full, len(full))
+        return self._release(self._full, len(self._full))

@@ -27,6 +27,9 @@ class EngineConfig:
     threads: int | None = None  # intra-op threads; None: onnxruntime's default
     max_batch: int = 8
     max_context: int | None = None  # None: the model's context length
+    # ORT worker threads spin between operators instead of sleeping: ~10% faster decode when the
+    # cores are the engine's own, much slower when other processes compete for them.
+    allow_spinning: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,10 @@ class GenerationParams:
 @dataclass(frozen=True)
 class TokenEvent:
     """One generated token. `text` is the newly releasable text (may be empty while a
-    multi-byte character or a possible stop sequence is still incomplete)."""
+    multi-byte character or a possible stop sequence is still incomplete).
+
+    A request that ends on max_tokens may close with one text-only event (`token_id` -1)
+    carrying text that was held back because it could have begun a stop sequence."""
 
     text: str
     token_id: int
