@@ -35,15 +35,19 @@ def plan_generation(
     *,
     max_tokens: int | None,
     default_max_tokens: int,
+    default_system_prompt: str | None = None,
 ) -> GenerationPlan:
     """Encode the chat and fix the completion budget; 400 when it cannot fit the context.
 
     As OpenAI: an explicit ``max_tokens`` must fit beside the prompt; without one, the
-    completion gets what is left of the context, capped by ``default_max_tokens``.
+    completion gets what is left of the context, capped by ``default_max_tokens``. A request
+    without a system message gets ``default_system_prompt`` (when configured).
     """
     from functions.inference.engine import GenerationParams  # heavy: onnxruntime
 
     context = model.context_length
+    if default_system_prompt and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": default_system_prompt}, *messages]
     if max_tokens is not None and max_tokens > context:
         raise BadRequestError(
             f"max_tokens is too large: {max_tokens}. This model's maximum context length is {context} tokens.",

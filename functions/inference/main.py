@@ -25,7 +25,8 @@ lifecycle.start_after_fork()
 # -- the OpenAI API ----------------------------------------------------------------------
 app = App("inference", error_body=openai_error_body)
 app.readiness_check(lifecycle.readiness)
-chat = ChatCompletionsService(lifecycle, default_max_tokens=settings.default_max_tokens, function_name="inference")
+chat = ChatCompletionsService(lifecycle, default_max_tokens=settings.default_max_tokens, function_name="inference",
+                              default_system_prompt=settings.default_system_prompt)
 
 
 # With INFERENCE_AUTH=user, OpenAI clients pass a platform access token as their api_key (the

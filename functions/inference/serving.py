@@ -81,9 +81,11 @@ def fingerprint(model: LoadedModel) -> str:
 
 
 class ChatCompletionsService:
-    def __init__(self, lifecycle: ModelLifecycle, *, default_max_tokens: int, function_name: str) -> None:
+    def __init__(self, lifecycle: ModelLifecycle, *, default_max_tokens: int, function_name: str,
+                 default_system_prompt: str | None = None) -> None:
         self.lifecycle = lifecycle
         self.default_max_tokens = default_max_tokens
+        self.default_system_prompt = default_system_prompt
         self.function_name = function_name
 
     # -- /v1/models ----------------------------------------------------------------------
@@ -111,6 +113,7 @@ class ChatCompletionsService:
             body,
             max_tokens=body.requested_max_tokens,
             default_max_tokens=self.default_max_tokens,
+            default_system_prompt=self.default_system_prompt,
         )
         gen = submit(model, plan)
         timer = metrics.GenerationTimer(self.function_name, model.model_id)

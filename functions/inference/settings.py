@@ -4,12 +4,16 @@ A malformed value fails the boot (``ConfigError``), never the first request.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from shared.config import ConfigError, env_int, env_str
 from shared.modelops.artefacts import DEFAULT_MODEL, DEFAULT_VARIANT
+
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,10 @@ class InferenceSettings:
     token_channel_ttl: float  # seconds a worker's token channel outlives its last entry
     event_source: str  # the CloudEvents source of the results the worker publishes
     api_auth: str | None  # "user": /v1/* needs a platform access token (the SDK's api_key); None: open
+    # Sent as the system message when a request has none; None leaves it to the model's chat
+    # template (SmolLM2's own default). The served int8 variant answers the bare "What is the
+    # capital of France?" wrongly under the template's default, where fp32 itself is nearly tied.
+    default_system_prompt: str | None = None
 
 
 def _optional_int(name: str, environ: Mapping[str, str] | None) -> int | None:
@@ -55,4 +63,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> InferenceSett
         token_channel_ttl=float(env_int("INFERENCE_TOKEN_TTL_SECONDS", 600, environ=environ)),
         event_source=env_str("EVENT_SOURCE", "/functions/inference-worker", environ=environ),
         api_auth=None if api_auth == "none" else api_auth,
+        # Set but empty: no default (the chat template's own applies).
+        default_system_prompt=(os.environ if environ is None else environ).get(
+            "INFERENCE_DEFAULT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT) or None,
     )

@@ -180,6 +180,7 @@ class InferenceWorker:
             plan = plan_generation(
                 model, job.engine_messages(), job.params,
                 max_tokens=job.params.max_tokens, default_max_tokens=self.settings.default_max_tokens,
+                default_system_prompt=self.settings.default_system_prompt,
             )
             gen = submit(model, plan)
         except PlatformError as err:
