@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.schemas import DisplayName
+
 EMAIL_MAX = 254
 PASSWORD_MIN, PASSWORD_MAX = 10, 128
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$")
@@ -36,7 +38,7 @@ class RegisterRequest(BaseModel):
 
     email: str = Field(max_length=EMAIL_MAX + 10)
     password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
-    display_name: str | None = Field(default=None, max_length=100)
+    display_name: DisplayName | None = None
 
     @field_validator("email")
     @classmethod
@@ -51,16 +53,6 @@ class RegisterRequest(BaseModel):
     def _password(cls, value: str) -> str:
         if _character_classes(value) < 2:
             raise ValueError("must mix at least two kinds of characters (lower case, upper case, digits, symbols)")
-        return value
-
-    @field_validator("display_name")
-    @classmethod
-    def _display_name(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
         return value
 
     @model_validator(mode="after")

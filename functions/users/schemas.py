@@ -5,6 +5,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.schemas import DisplayName
+
 # BCP 47-ish: a 2-3 letter language, then subtags of 2-8 letters/digits (en, fr-FR, zh-Hant-TW).
 _LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
@@ -32,17 +34,7 @@ class Preferences(BaseModel):
 class ProfilePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str | None = Field(default=None, max_length=100)
-
-    @field_validator("display_name")
-    @classmethod
-    def _display_name(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        return value
+    display_name: DisplayName | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> "ProfilePatch":

@@ -3,10 +3,7 @@ connector) on the session's tansu broker, the machine's PostgreSQL and a Redis D
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +12,7 @@ import requests
 
 from shared.dev import supervisor
 from shared.stack import REPO_ROOT
+from tests.callbacks import CallbackReceiver
 
 
 @dataclass
@@ -64,36 +62,6 @@ def identity_platform(tmp_path_factory, tansu_bootstrap, postgres_url, redis_db_
         yield platform
     finally:
         supervisor.down(platform.layout)
-
-
-class CallbackReceiver:
-    """A loopback HTTP server that records what is POSTed to it (async-function callbacks)."""
-
-    def __init__(self) -> None:
-        received: queue.Queue = queue.Queue()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.put({"path": self.path, "headers": dict(self.headers), "body": body})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.received = received
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def next(self, timeout: float = 30.0) -> dict:
-        return self.received.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ def http(inference_server) -> httpx.Client:
 
 def metric(http: httpx.Client, name: str, **labels: str) -> float:
     """The value of one sample on /metrics (0 when it has not been recorded yet)."""
-    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
     pattern = re.compile(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", re.M)
     total = 0.0
     for found in pattern.finditer(http.get("/metrics").text):
