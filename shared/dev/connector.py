@@ -302,7 +302,9 @@ class FunctionConsumer(threading.Thread):
         self.policy = policy
         self.parallelism = parallelism or Parallelism.from_env()
         self.stopping = stopping
-        self.group_id = f"connector-{function}"
+        # CONNECTOR_GROUP_PREFIX keeps two stacks on one broker (tests, several dev stacks) from
+        # sharing consumer groups and so each other's records.
+        self.group_id = f"{os.environ.get('CONNECTOR_GROUP_PREFIX', 'connector')}-{function}"
         self.tracker = kafka_io.OffsetTracker()
         self.paused = False  # fetching paused for back-pressure (read by tests and logs)
         self._sessions = threading.local()  # requests.Session is not meant to be shared by threads

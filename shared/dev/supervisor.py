@@ -224,8 +224,8 @@ def _base_env(layout: Layout, gateway_url: str, kafka: str) -> dict[str, str]:
     return env
 
 
-def _topics(stack: Stack, extra: Iterable[str]) -> list[str]:
-    topics = {kafka_io.ASYNC_TOPIC, *extra}
+def _topics(stack: Stack, extra: Iterable[str], async_topic: str = kafka_io.ASYNC_TOPIC) -> list[str]:
+    topics = {async_topic, *extra}
     for spec in stack.functions:
         for topic in spec.topics:
             topics.update({topic, topic + kafka_io.DLQ_SUFFIX})
@@ -298,7 +298,8 @@ def up(options: Options) -> dict:
     try:
         kafka = (options.env.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
                  or _start_broker(layout, state))
-        kafka_io.ensure_topics(kafka, _topics(stack, options.extra_topics))
+        async_topic = options.env.get("GATEWAY_ASYNC_TOPIC") or os.environ.get("GATEWAY_ASYNC_TOPIC") or kafka_io.ASYNC_TOPIC
+        kafka_io.ensure_topics(kafka, _topics(stack, options.extra_topics, async_topic))
         gateway_url = f"http://127.0.0.1:{options.gateway_port}"
         env = dict(_base_env(layout, gateway_url, kafka), **options.env)
         state.update(kafka=kafka, gateway_url=gateway_url)

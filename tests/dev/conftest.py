@@ -69,6 +69,8 @@ def dev_stack(tansu_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": tansu_bootstrap,
         "DEV_TEST_TOPICS": prefix,
+        "GATEWAY_ASYNC_TOPIC": f"{prefix}.async",
+        "QUEUE_WORKER_GROUP": f"{prefix}-queue-worker",
         "DATA_DIR": str(root / "data"),
         "KAFKA_MAX_POLL_INTERVAL_MS": "3000",
         "CONNECTOR_MAX_ATTEMPTS": "3",

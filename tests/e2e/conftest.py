@@ -34,6 +34,8 @@ class Platform:
 def start_platform(tmp_root: Path, *, kafka: str, env: dict[str, str], only: tuple[str, ...] = ()) -> Platform:
     layout = supervisor.Layout(tmp_root)
     port = supervisor.free_port()
+    # Its own async topic and consumer groups: other stacks of the session share the broker.
+    instance = f"e2e-{port}"
     options = supervisor.Options(
         stack_file=REPO_ROOT / "stack.yml",
         gateway_port=port,
@@ -41,7 +43,9 @@ def start_platform(tmp_root: Path, *, kafka: str, env: dict[str, str], only: tup
         only=only,
         layout=layout,
         env={"KAFKA_BOOTSTRAP_SERVERS": kafka, "DATA_DIR": str(tmp_root / "data"),
-             "KAFKA_MAX_POLL_INTERVAL_MS": "3000", **env},
+             "KAFKA_MAX_POLL_INTERVAL_MS": "3000", "GATEWAY_ASYNC_TOPIC": f"{instance}.async",
+             "QUEUE_WORKER_GROUP": f"{instance}-queue-worker", "CONNECTOR_GROUP_PREFIX": f"{instance}-connector",
+             **env},
     )
     state = supervisor.up(options)
     return Platform(f"http://127.0.0.1:{port}", layout, state)
