@@ -220,6 +220,9 @@ def _base_env(layout: Layout, gateway_url: str, kafka: str) -> dict[str, str]:
         "GATEWAY_URL": gateway_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+        # tansu answers a held fetch only when it times out (shared/events/kafka.py): a short hold
+        # keeps an event's delivery latency low; much shorter ones cost more CPU than they save.
+        "KAFKA_FETCH_MAX_WAIT_MS": env.get("KAFKA_FETCH_MAX_WAIT_MS", "20"),
     })
     return env
 

@@ -78,7 +78,10 @@ def consumer_config(
         session_timeout_ms=max(max_poll, 10000),
         heartbeat_interval_ms=1000,
         max_poll_records=50,
-        fetch_max_wait_ms=100,  # a token stream's events should not sit in a fetch for 500 ms
+        # How long the broker may hold a fetch with no data. tansu answers a held fetch only when
+        # it times out, not when a record arrives, so this bounds the delivery latency of an
+        # event (a chat turn waits on two of them); Apache Kafka answers as soon as data comes.
+        fetch_max_wait_ms=int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "100")),
         request_timeout_ms=max(30000, max_poll + 5000),
     )
     config.update(overrides)
