@@ -231,6 +231,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "chatfaas"
+    # Beyond OpenAI's card (clients ignore unknown fields): what is actually serving.
+    variant: str | None = None
+    provider: str | None = None
+    context_length: int | None = None
 
 
 class ModelList(BaseModel):

@@ -100,7 +100,8 @@ class ChatCompletionsService:
 
     @staticmethod
     def _card(model: LoadedModel) -> ModelCard:
-        return ModelCard(id=model.model_id, created=model.created)
+        return ModelCard(id=model.model_id, created=model.created, variant=model.variant,
+                         provider=model.provider, context_length=model.context_length)
 
     # -- /v1/chat/completions ------------------------------------------------------------
     def create(self, body: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:

@@ -54,6 +54,13 @@ def test_models_lists_and_retrieves_the_served_model(client):
     assert model.id == MODEL and model.object == "model" and model.created > 0
 
 
+def test_models_and_readiness_show_the_execution_provider(http):
+    card = http.get(f"/v1/models/{MODEL}").json()
+    ready = http.get("/_/ready").json()
+    assert card["provider"] == ready["provider"] == "CPUExecutionProvider"  # no GPU on this machine
+    assert card["variant"] == ready["variant"] == "int8"
+
+
 def test_retrieving_an_unknown_model_is_a_404_model_not_found(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("gpt-17")
