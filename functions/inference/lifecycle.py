@@ -49,11 +49,27 @@ class LoadedModel:
         return name == self.model_id or name in self.aliases
 
 
+GPU_VARIANT, CPU_VARIANT = "fp16", "int8"
+
+
+def resolve_variant(variant: str, provider: str | None) -> str:
+    """``auto``: the float16 graph where CUDA will run it (onnxruntime's CUDA attention has no
+    float32 kernel), else the 8-bit one, which is the fastest on CPUs. Any other name is kept."""
+    if variant != "auto":
+        return variant
+    if provider is None:
+        import onnxruntime
+
+        provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else None
+    return GPU_VARIANT if provider == "CUDAExecutionProvider" else CPU_VARIANT
+
+
 def resolve_model_dir(settings: InferenceSettings) -> Path:
     """An explicit ``INFERENCE_MODEL_DIR``, else the verified local copy from the artefact store."""
     if settings.model_dir is not None:
         return settings.model_dir
-    return artefacts.model_dir_from_env()
+    variant = resolve_variant(settings.variant, settings.provider)
+    return artefacts.model_dir_from_env({**os.environ, "INFERENCE_MODEL": settings.model, "INFERENCE_VARIANT": variant})
 
 
 def _manifest(model_dir: Path) -> dict:

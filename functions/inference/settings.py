@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 from shared.config import ConfigError, env_int, env_str
-from shared.modelops.artefacts import DEFAULT_MODEL, DEFAULT_VARIANT
+from shared.modelops.artefacts import DEFAULT_MODEL
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -19,7 +19,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 @dataclass(frozen=True)
 class InferenceSettings:
     model: str  # the published model's name, also the id clients put in "model"
-    variant: str
+    variant: str  # "auto": fp16 on CUDA, int8 on CPU (lifecycle.resolve_variant)
     model_dir: Path | None  # a local folder that overrides fetching from the artefact store
     provider: str | None  # an ONNX Runtime execution provider; None lets the engine choose
     threads: int | None
@@ -53,7 +53,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> InferenceSett
         raise ConfigError("INFERENCE_MAX_BATCH and INFERENCE_DEFAULT_MAX_TOKENS must be positive")
     return InferenceSettings(
         model=env_str("INFERENCE_MODEL", DEFAULT_MODEL, environ=environ),
-        variant=env_str("INFERENCE_VARIANT", DEFAULT_VARIANT, environ=environ),
+        variant=env_str("INFERENCE_VARIANT", "auto", environ=environ),
         model_dir=Path(model_dir) if model_dir else None,
         provider=env_str("INFERENCE_PROVIDER", None, environ=environ),
         threads=_optional_int("INFERENCE_THREADS", environ),

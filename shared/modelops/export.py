@@ -24,8 +24,8 @@ from .artefacts import DEFAULT_MODEL, ArtefactError, fetch_variant
 log = logging.getLogger("shared.modelops.export")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VARIANTS = ("int8", "int8-optimum")
-KNOWN_VARIANTS = ("int8", "int8-optimum", "fp32")
+DEFAULT_VARIANTS = ("int8", "int8-optimum", "fp16")
+KNOWN_VARIANTS = ("int8", "int8-optimum", "fp32", "fp16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ from .fused import build_fused
 from .onnx_export import TASK, export_onnx
 from .publish import publish, stage_variant
 from .quality import MIN_AGREEMENT, QualityError, gate, measure
-from .quantize import ACCURACY_LEVEL, BITS, BLOCK_SIZE, quantize_matmuls
+from .quantize import ACCURACY_LEVEL, BITS, BLOCK_SIZE, quantize_matmuls, to_float16
 
 log = logging.getLogger("shared.modelops.pipeline")
 
@@ -56,6 +56,13 @@ def _build(variant: str, hf_dir: Path, reference: Path, work: Path) -> tuple[Pat
         path = quantize_matmuls(fused, work / variant / "model.onnx")
         return path, {"graph": "fused-gqa", "exporter": "shared.modelops.fused (weights of the optimum-exported model)",
                       "quantization": QUANTIZATION}
+    if variant == "fp16":
+        # For GPUs: onnxruntime's CUDA GroupQueryAttention has no float32 kernel, so only a float16
+        # graph keeps attention and the KV cache on the device.
+        fused = build_fused(hf_dir, work / "fused-fp32" / "model.onnx")
+        path = to_float16(fused, work / variant / "model.onnx")
+        return path, {"graph": "fused-gqa", "exporter": "shared.modelops.fused (weights of the optimum-exported model)",
+                      "quantization": {"method": "float16"}}
     raise ValueError(f"unknown variant {variant!r}")
 
 

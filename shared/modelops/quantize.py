@@ -94,3 +94,18 @@ def _save(model: onnx.ModelProto, dest: Path) -> None:
     else:
         onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=dest.name + ".data")
+
+
+def to_float16(src: str | Path, dest: str | Path) -> Path:
+    """The whole graph in float16 (weights, activations, KV cache and logits), for GPUs.
+
+    Uses onnxruntime's converter, which knows the contrib ops (GroupQueryAttention,
+    SkipSimplifiedLayerNormalization) and keeps integer inputs (ids, lengths) as they are."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=False)
+    _save(model, dest)
+    log.info("float16 graph written to %s", dest)
+    return dest

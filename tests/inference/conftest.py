@@ -14,10 +14,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTEFACTS = REPO_ROOT / "var" / "artefacts" / "models" / "smollm2-135m-instruct"
 INT8_DIR = ARTEFACTS / "int8"
 INT8_OPTIMUM_DIR = ARTEFACTS / "int8-optimum"
+FP16_DIR = ARTEFACTS / "fp16"
 
 
 def ensure_default_artefacts() -> Path:
-    if not (INT8_DIR / "manifest.json").is_file() or not (INT8_OPTIMUM_DIR / "manifest.json").is_file():
+    if not all((d / "manifest.json").is_file() for d in (INT8_DIR, INT8_OPTIMUM_DIR, FP16_DIR)):
         # The export tool reads the store from the environment: pin it to the repo's default folder.
         subprocess.run([str(REPO_ROOT / "scripts" / "export_model"), "--store", str(REPO_ROOT / "var" / "artefacts")],
                        check=True, cwd=REPO_ROOT)

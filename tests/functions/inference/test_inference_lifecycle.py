@@ -84,3 +84,13 @@ def test_the_model_is_loaded_once_however_many_requests_start_it():
     wait_until(lambda: lifecycle.ready)
     lifecycle.start()
     assert calls == [1]
+
+
+def test_auto_variant_is_fp16_on_cuda_and_int8_on_cpu():
+    from functions.inference.lifecycle import resolve_variant
+
+    assert resolve_variant("auto", "CUDAExecutionProvider") == "fp16"
+    assert resolve_variant("auto", "CPUExecutionProvider") == "int8"
+    assert resolve_variant("auto", None) == "int8"  # no GPU on this machine
+    assert resolve_variant("int8-optimum", "CUDAExecutionProvider") == "int8-optimum"
+    assert settings_from_env({}).variant == "auto"
