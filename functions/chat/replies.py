@@ -19,12 +19,9 @@ from typing import Any, Callable, Iterator
 
 from functions.chat.store import COMPLETE, ConversationStore, Message, Outcome
 from shared.errors import UnavailableError
+from shared.events.types import token_channel
 
 log = logging.getLogger("functions.chat.replies")
-
-
-def token_channel(request_id: str) -> str:
-    return f"tokens:{request_id}"
 
 
 @dataclass(frozen=True)

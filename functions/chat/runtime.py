@@ -17,14 +17,15 @@ _tokens: Any = None
 
 
 def _token_cache() -> Any:
-    """The ``inference`` namespace: the one the worker writes ``tokens:<request_id>`` into."""
+    """The namespace the worker writes the token channels into (shared.events.types)."""
     global _tokens
     if _tokens is None:
         with _lock:
             if _tokens is None:
+                from shared.events.types import TOKEN_CACHE_NAMESPACE
                 from shared.storage.cache import cache_from_env
 
-                _tokens = cache_from_env("inference")
+                _tokens = cache_from_env(TOKEN_CACHE_NAMESPACE)
     return _tokens
 
 

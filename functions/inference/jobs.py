@@ -17,10 +17,6 @@ from pydantic import Field, StrictBool, StrictStr
 from functions.inference.protocol import ChatMessage, SamplingParams, WireModel
 
 
-def token_channel(request_id: str) -> str:
-    return f"tokens:{request_id}"
-
-
 class InferenceJob(WireModel):
     request_id: StrictStr = Field(min_length=1, max_length=200)
     conversation_id: StrictStr | None = None

@@ -26,6 +26,7 @@ from shared.errors import BadRequestError, ConflictError, PlatformError, Unavail
 from shared.events import CloudEvent, EventPublisher, parse_http_event, publisher_from_env
 from shared.events.cloudevents import KNATIVE_KAFKA_TYPE
 from shared.events import types as event_types
+from shared.events.types import TOKEN_CACHE_NAMESPACE, token_channel
 from shared.idempotency import IdempotencyStore
 from shared.storage.cache import Cache, cache_from_env
 
@@ -39,7 +40,6 @@ from functions.inference.jobs import (
     failed_result,
     parse_job,
     terminal_entry,
-    token_channel,
     usage,
 )
 from functions.inference.lifecycle import LoadedModel, ModelLifecycle
@@ -71,7 +71,7 @@ class InferenceWorker:
         settings: InferenceSettings,
         *,
         function_name: str,
-        cache_factory: Callable[[], Cache] = lambda: cache_from_env("inference"),
+        cache_factory: Callable[[], Cache] = lambda: cache_from_env(TOKEN_CACHE_NAMESPACE),
         publisher_factory: Callable[[], EventPublisher] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -40,6 +40,16 @@ AUTH_USER_DELETED = "auth.user.deleted"
 USERS_PROFILE_UPDATED = "users.profile.updated"
 
 INFERENCE_REQUEST_SUBMITTED = "inference.request.submitted"
+# Tokens of a generation as it runs: an append-only channel in the shared cache, written by
+# inference-worker and read by chat (shared.storage.cache channel_append/channel_read).
+TOKEN_CACHE_NAMESPACE = "inference"
+
+
+def token_channel(request_id: str) -> str:
+    """The cache channel carrying the tokens of one generation."""
+    return f"tokens:{request_id}"
+
+
 INFERENCE_RESULT_COMPLETED = "inference.result.completed"
 INFERENCE_RESULT_FAILED = "inference.result.failed"
 
